@@ -13,7 +13,7 @@ from . import paths
 
 # Stage modules in data-flow order. A stage whose optional dependency is missing logs and is
 # skipped instead of taking the whole pack down.
-STAGES = ("loaders", "ford", "fors", "frc", "evaluate")
+STAGES = ("loaders", "representation", "ford", "fors", "frc", "evaluate")
 
 log = logging.getLogger("facex")
 
