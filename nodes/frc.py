@@ -40,6 +40,10 @@ class FaceXModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, facex_name):
+        return paths.missing_file_message("facex", facex_name) or True
+
+    @classmethod
     def execute(cls, facex_name) -> io.NodeOutput:
         path = paths.resolve("facex", facex_name)
         try:

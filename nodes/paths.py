@@ -30,12 +30,21 @@ def folder_list(name: str) -> list[str]:
     return folder_paths.get_folder_paths(name)
 
 
-def resolve(name: str, filename: str) -> str:
-    """Full path of a model file, or an error naming every folder searched."""
+def missing_file_message(name: str, filename: str):
+    """None when the file is there, else a message naming every folder searched. Nodes return it
+    from validate_inputs, which replaces ComfyUI's bare "value not in list" for shared workflows
+    that name a file this user lacks."""
+    register_model_folders()
     path = folder_paths.get_full_path(name, filename)
-    if path is None or not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"model file {filename!r} not found; FaceX looked in: {', '.join(folder_list(name))}. "
-            f"Put the file in one of those folders (README.md, 'Model files', says where to get it)."
-        )
-    return path
+    if path is not None and os.path.isfile(path):
+        return None
+    return (f"model file {filename!r} not found; FaceX looked in: {', '.join(folder_list(name))}. "
+            f"Put the file in one of those folders (README.md, 'Model files', says where to get it).")
+
+
+def resolve(name: str, filename: str) -> str:
+    """Full path of a model file, or FileNotFoundError naming every folder searched."""
+    message = missing_file_message(name, filename)
+    if message:
+        raise FileNotFoundError(message)
+    return folder_paths.get_full_path(name, filename)

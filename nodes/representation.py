@@ -57,6 +57,10 @@ class FaceXLoadRepresentation(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, face):
+        return paths.missing_file_message("facex_faces", face) or True
+
+    @classmethod
     def execute(cls, face) -> io.NodeOutput:
         try:
             return io.NodeOutput(FaceRepresentation.load(paths.resolve("facex_faces", face)))
