@@ -139,7 +139,7 @@ def init_model(family: str, backends: str = "production", unet: Optional[str] = 
     non-zero bank is asked for, which is for tests only)."""
     preset = dict(BACKEND_PRESETS[backends])
     if preset.get("expression_dim") is None:
-        from .ford.mediapipe_backends import EXPRESSION_DIM  # embedded mesh expression descriptor
+        from .ford.mediapipe_extractors import EXPRESSION_DIM  # embedded mesh expression descriptor
 
         preset["expression_dim"] = EXPRESSION_DIM
     preset.update(overrides)

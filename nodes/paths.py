@@ -9,7 +9,7 @@ import folder_paths
 MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "facex": ("facex", {".safetensors"}),
     "facex_faces": (os.path.join("facex", "faces"), {".safetensors"}),
-    "facex_extractors": (os.path.join("facex", "extractors"), {".pth", ".pt", ".safetensors", ".onnx"}),
+    "facex_extractors": (os.path.join("facex", "extractors"), {".pth", ".pt", ".pkl", ".safetensors", ".onnx"}),
     "insightface": ("insightface", {".onnx"}),
 }
 

