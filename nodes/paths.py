@@ -10,6 +10,7 @@ MODEL_FOLDERS: dict[str, tuple[str, set[str]]] = {
     "facex": ("facex", {".safetensors"}),
     "facex_faces": (os.path.join("facex", "faces"), {".safetensors"}),
     "facex_extractors": (os.path.join("facex", "extractors"), {".pth", ".pt", ".pkl", ".safetensors", ".onnx"}),
+    "facex_evaluate": (os.path.join("facex", "evaluate"), {".pth", ".pt", ".safetensors"}),
     "insightface": ("insightface", {".onnx"}),
 }
 

