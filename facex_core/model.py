@@ -74,25 +74,31 @@ class FaceXConfig:
 
 
 # The production FORD backends the paper's model reads (ArcFace, BiSeNet, Deep3DFaceRecon, L2CS,
-# CLIP ViT-L/14). A checkpoint records its own; a representation from other backends is refused.
+# CLIP ViT-L/14). Backend names are "<backend>[:<model>]..."; a checkpoint that records a bare
+# backend accepts any of its models, one that records "<backend>:<model>" (what training on a
+# cache records) accepts only that model. A representation from other backends is refused.
 DEFAULT_BACKENDS: dict[str, str] = {
-    "identity": "arcface",
-    "parse": "bisenet",
-    "motion": "deep3d",
-    "texture": "deep3d",
-    "lighting": "deep3d",
-    "gaze": "l2cs",
-    "region_features": "clip_vision",
+    "identity": "insightface_arcface",
+    "parse": "bisenet_celebamask19",
+    "motion": "deep3dfacerecon_bfm",
+    "texture": "deep3dfacerecon_bfm",
+    "lighting": "deep3dfacerecon_bfm",
+    "gaze": "l2cs_gaze360",
+    "region_features": "clip_region_pool",
 }
 
-# Embedded-backend dimensions, for checkpoints trained on the offline extractors.
+# The offline extractors (mediapipe, dlib), for checkpoints trained on them.
 EMBEDDED_BACKENDS: dict[str, str] = {
     "identity": "dlib_resnet",
     "parse": "mediapipe_mesh",
     "motion": "mesh_pnp",
     "gaze": "iris",
-    "region_features": "clip_vision",
+    "region_features": "clip_region_pool",
 }
+
+
+def backend_matches(expected: str, actual: str) -> bool:
+    return actual == expected or actual.startswith(expected + ":")
 
 
 @dataclass(frozen=True)
@@ -262,7 +268,7 @@ class FaceXModel(nn.Module):
                 )
         for part, want in self.cfg.backends.items():
             got = rep.backends.get(part)
-            if got is not None and got != want:
+            if got is not None and not backend_matches(want, got):
                 raise RepresentationError(
                     f"the representation's {part} comes from backend {got!r}, this FaceX checkpoint was trained with {want!r}; "
                     f"decompose the faces with {want!r} or use a checkpoint trained on {got!r}"

@@ -11,7 +11,6 @@ read it instead of naming fields one by one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +116,19 @@ class FaceRepresentation:
             )
 
     # ---- validation -------------------------------------------------------------------
-    def validate(self) -> None:
+    def validate(self, names=None) -> None:
+        """Check dtypes, shapes and finiteness of `names` (all fields by default) and that every
+        set field has the same batch size."""
         b = None
         for name, spec in FIELDS.items():
             t = getattr(self, name)
             if t is None:
+                continue
+            if names is not None and name not in names:
+                if b is None:
+                    b = t.shape[0]
+                elif t.shape[0] != b:
+                    raise RepresentationError(f"field {name!r} has batch {t.shape[0]}, other fields have {b}")
                 continue
             if not isinstance(t, torch.Tensor):
                 raise RepresentationError(f"field {name!r} must be a torch.Tensor, got {type(t).__name__}")
@@ -151,7 +158,11 @@ class FaceRepresentation:
 
     # ---- batching and editing ---------------------------------------------------------
     def replace(self, **changes) -> "FaceRepresentation":
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed; only the changed fields are re-checked (the rest were
+        checked when this one was made, and full-size masks are costly to scan again)."""
+        new = _unchecked_replace(self, changes)
+        new.validate(names=set(changes))
+        return new
 
     def index(self, idx) -> "FaceRepresentation":
         """Select batch entries (int, slice, list or tensor of indices); keeps the batch dim."""
@@ -183,7 +194,7 @@ class FaceRepresentation:
         out = {}
         for k, v in self.tensors().items():
             out[k] = v.to(device=device, dtype=dtype if (dtype is not None and v.is_floating_point()) else None)
-        return dataclasses.replace(self, **out) if dtype is None else _unchecked_replace(self, out)
+        return self.replace(**out) if dtype is None else _unchecked_replace(self, out)
 
     # ---- persistence ------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:

@@ -113,13 +113,22 @@ def test_representation_from_other_backends_or_dims_is_refused_with_names():
     wrong_dim = synthetic_representation(small_config(identity_dim=128))
     with pytest.raises(RepresentationError, match=r"identity.*128-d.*expects 512-d"):
         model.check_representation(wrong_dim)
-    with pytest.raises(RepresentationError, match=r"'dlib_resnet'.*'arcface'"):
+    with pytest.raises(RepresentationError, match=r"'dlib_resnet'.*'insightface_arcface'"):
         model.check_representation(rep.replace(backends={**rep.backends, "identity": "dlib_resnet"}))
     with pytest.raises(RepresentationError, match="identity"):
         model.check_representation(rep.replace(identity=None))
 
 
 # ---- checkpoint -------------------------------------------------------------------------------
+def test_backend_names_match_any_model_of_a_bare_backend_only():
+    from facex_core.model import backend_matches
+
+    assert backend_matches("insightface_arcface", "insightface_arcface:glintr100")
+    assert backend_matches("insightface_arcface:glintr100", "insightface_arcface:glintr100")
+    assert not backend_matches("insightface_arcface:glintr100", "insightface_arcface:w600k_r50")
+    assert not backend_matches("insightface_arcface", "insightface_arcface_v2")
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = FaceXModel(small_config())
     path = save_checkpoint(model, tmp_path / "facex_random_small.safetensors", weights="random-test")
