@@ -82,12 +82,18 @@ PYEOF
 }
 
 mkdir -p "$CACHE"
-# One builder at a time: parallel test runs (or a run and a server) share the cache.
-exec 9>"$CACHE/.lock"
-flock 9
-provision_comfyui
-provision_venv
-flock -u 9
+if [ "${FACEX_ENV_BUILD:-}" = 1 ]; then
+  # The build runs in a bash process of its own, so `set -e` holds even when a caller sources
+  # this file inside `&&` or `if` (where bash ignores -e): a failed step never marks a venv complete.
+  exec 9>"$CACHE/.lock"
+  flock 9  # one builder at a time: parallel runs share the cache
+  provision_comfyui
+  provision_venv
+  exit 0
+fi
+if [ ! -f "$FACEX_VENV/.complete" ] || [ ! -f "$FACEX_COMFYUI/.complete" ]; then
+  FACEX_ENV_BUILD=1 bash "$FACEX_ROOT/scripts/dev_env.sh" || { log "building the environment failed"; return 1 2>/dev/null || exit 1; }
+fi
 # This checkout's library (facex_core) for everything run from here, subprocesses included.
 export PYTHONPATH="$FACEX_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 ln -sfn "$FACEX_VENV" "$CACHE/venv"  # stable name for people and helpers; scripts use FACEX_VENV
