@@ -322,6 +322,9 @@ def build_ui(workflow: Workflow, defs: dict[str, NodeDef]) -> dict:
         sizes[node.id] = _node_size(node, nd)
 
     # Layout: columns left to right, nodes stacked in declaration order; one group per column.
+    outside = [f"{n.type} (column {n.column})" for n in workflow.nodes if not 0 <= n.column < len(workflow.columns)]
+    if outside:
+        raise DefinitionError(f"{workflow.name}: nodes outside the {len(workflow.columns)} columns: {outside}")
     column_x, x = {}, 0
     for c in range(len(workflow.columns)):
         members = [n for n in workflow.nodes if n.column == c]
@@ -422,8 +425,9 @@ def names() -> list[str]:
 
 # -- building blocks ---------------------------------------------------------------------------
 # Column titles shared by the FaceX workflows (paper: FORD -> FORS -> FRC).
-COLUMNS = ["Read me, models, photos", "FORD: decompose the faces", "FORS: assemble",
+COLUMNS = ["Read me", "Models and photos", "FORD: decompose the faces", "FORS: assemble",
            "Generate (Stable Diffusion + FaceX FRC)", "Paste back and save"]
+README, INPUTS, FORD, FORS, GENERATE, OUTPUT = range(len(COLUMNS))
 
 POSITIVE = "a photo of a person, detailed skin, natural light, sharp focus"
 NEGATIVE = "blurry, deformed, cartoon, painting, watermark, text"
@@ -449,30 +453,26 @@ class Faces:
 
 
 def _photo(wf: Workflow, title: str, image: str = DEMO_PHOTO) -> Node:
-    return wf.add("LoadImage", 0, title=title, image=image)
+    return wf.add("LoadImage", INPUTS, title=title, image=image)
 
 
 CROP_SIZE = "512"  # SD1.5's own resolution; tests run the workflows at 256
 
 
-def _decompose(wf: Workflow, photo: Node, title: str, clip_vision: Optional[Out] = None, column: int = 1) -> Faces:
-    """FaceX Decompose on the embedded backends (no model inputs connected), plus CLIP region
-    features when a CLIP vision model is given."""
-    inputs = {"image": photo["IMAGE"], "crop_size": CROP_SIZE}
-    if clip_vision is not None:
-        inputs["clip_vision"] = clip_vision
-    node = wf.add("FaceXDecompose", column, title=title, **inputs)
+def _decompose(wf: Workflow, photo: Node, title: str, column: int = FORD) -> Faces:
+    """FaceX Decompose on the embedded backends (no model input connected: nothing to download)."""
+    node = wf.add("FaceXDecompose", column, title=title, image=photo["IMAGE"], crop_size=CROP_SIZE)
     return Faces(photo, node)
 
 
-def _prompts(wf: Workflow, clip: Out, column: int = 3, positive: str = POSITIVE, negative: str = NEGATIVE):
+def _prompts(wf: Workflow, clip: Out, column: int = GENERATE, positive: str = POSITIVE, negative: str = NEGATIVE):
     pos = wf.add("CLIPTextEncode", column, title="Positive prompt", width=400, clip=clip, text=positive)
     neg = wf.add("CLIPTextEncode", column, title="Negative prompt", width=400, clip=clip, text=negative)
     return pos["CONDITIONING"], neg["CONDITIONING"]
 
 
 def _inpaint(wf: Workflow, model: Out, vae: Out, pos: Out, neg: Out, pixels: Out, mask: Out, *, denoise: float,
-             steps: int = 30, cfg: float = 6.0, column: int = 3) -> Out:
+             steps: int = 30, cfg: float = 6.0, column: int = GENERATE) -> Out:
     """Ordinary SD inpainting of the aligned crops with core nodes: the reference pixels are kept
     as the starting latent and only the mask is re-noised (noise_mask), so denoise < 1 keeps the
     pasted face and regenerates the seams; denoise 1 regenerates the masked area entirely."""
@@ -484,12 +484,11 @@ def _inpaint(wf: Workflow, model: Out, vae: Out, pos: Out, neg: Out, pixels: Out
     return wf.add("VAEDecode", column, samples=sampler["LATENT"], vae=vae)["IMAGE"]
 
 
-def _paste_and_save(wf: Workflow, canvas: Faces, crops: Out, mask: Out, prefix: str, column: int = 4,
-                    animated: bool = False, colour_match: bool = False) -> Node:
+def _paste_and_save(wf: Workflow, canvas: Faces, crops: Out, mask: Out, prefix: str, column: int = OUTPUT,
+                    animated: bool = False) -> Node:
     """Paste the generated area (the region assembler's mask: the rest of the crop is the photo
     itself, and pasting it would only add the VAE's round-trip blur) back into the edited photo."""
-    pasted = wf.add("FaceXPasteBack", column, image=canvas.image, crops=crops, representation=canvas.rep, mask=mask,
-                    colour_match=colour_match)
+    pasted = wf.add("FaceXPasteBack", column, image=canvas.image, crops=crops, representation=canvas.rep, mask=mask)
     wf.add("PreviewImage", column, title="Generated crops", images=crops)
     if animated:
         return wf.add("SaveAnimatedWEBP", column, images=pasted["IMAGE"], filename_prefix=prefix, fps=8.0)
@@ -499,8 +498,8 @@ def _paste_and_save(wf: Workflow, canvas: Faces, crops: Out, mask: Out, prefix: 
 def _facex_edit(name: str, title: str, what: str, *, task: str, canvas: str, source_title: str, target_title: str,
                 regions: str = "", overrides: str = "", denoise: float = 1.0, checkpoint: str = SD15_CHECKPOINT,
                 checkpoint_note: str = MODEL_NOTE_SD, lora: bool = False, controlnet: bool = False,
-                animated: bool = False, extra_notes: tuple = ()) -> Workflow:
-    """The FaceX pipeline for one task: decompose both faces (FORD, with CLIP region features),
+                animated: bool = False) -> Workflow:
+    """The FaceX pipeline for one task: decompose both faces (FORD, embedded backends),
     assemble the representation and the inpainting reference (FORS), patch the UNet (FRC),
     inpaint the aligned crop, paste it back into the photo whose picture is edited (`canvas`)."""
     wf = Workflow(name, title, list(COLUMNS))
@@ -509,36 +508,35 @@ def _facex_edit(name: str, title: str, what: str, *, task: str, canvas: str, sou
         notes.append(LORA_NOTE)
     if controlnet:
         notes.append(CONTROLNET_NOTE)
-    wf.note(0, "Read me", _readme(title, what, *extra_notes, *notes, PHOTO_NOTE), width=520)
-    ckpt = wf.add("CheckpointLoaderSimple", 0, ckpt_name=checkpoint)
+    wf.note(README, "Read me", _readme(title, what, *notes, PHOTO_NOTE), width=520)
+    ckpt = wf.add("CheckpointLoaderSimple", INPUTS, ckpt_name=checkpoint)
     model, clip, vae = ckpt["MODEL"], ckpt["CLIP"], ckpt["VAE"]
     if lora:
-        lo = wf.add("LoraLoader", 0, model=model, clip=clip, lora_name=LORA_FILE, strength_model=0.8, strength_clip=0.8)
+        lo = wf.add("LoraLoader", INPUTS, model=model, clip=clip, lora_name=LORA_FILE, strength_model=0.8, strength_clip=0.8)
         model, clip = lo["MODEL"], lo["CLIP"]
-    facex = wf.add("FaceXModelLoader", 0, facex_name=FACEX_CHECKPOINT)
+    facex = wf.add("FaceXModelLoader", INPUTS, facex_name=FACEX_CHECKPOINT)
     source = _decompose(wf, _photo(wf, source_title), "Source face")
     target = _decompose(wf, _photo(wf, target_title), "Target face")
-    wf.add("PreviewImage", 1, title="Source decomposition", images=source.decompose["preview"])
-    wf.add("PreviewImage", 1, title="Target decomposition", images=target.decompose["preview"])
-    rep = wf.add("FaceXRepresentationAssembler", 2, source=source.rep, target=target.rep, task=task,
+    wf.add("PreviewImage", FORD, title="Source decomposition", images=source.decompose["preview"])
+    wf.add("PreviewImage", FORD, title="Target decomposition", images=target.decompose["preview"])
+    rep = wf.add("FaceXRepresentationAssembler", FORS, source=source.rep, target=target.rep, task=task,
                  region_overrides=overrides)
-    wf.add("PreviewAny", 2, title="Plan: which face gives each part", source=rep["plan"])
-    regions_node = wf.add("FaceXRegionAssembler", 2, source_image=source.crops, source_representation=source.rep,
+    wf.add("PreviewAny", FORS, title="Plan: which face gives each part", source=rep["plan"])
+    regions_node = wf.add("FaceXRegionAssembler", FORS, source_image=source.crops, source_representation=source.rep,
                           target_image=target.crops, target_representation=target.rep, task=task, regions=regions)
-    wf.add("PreviewImage", 2, title="Reference and mask", images=regions_node["preview"])
-    patched = wf.add("FaceXApplyFRC", 3, model=model, facex_model=facex["facex_model"], representation=rep["representation"],
+    wf.add("PreviewImage", FORS, title="Reference and mask", images=regions_node["preview"])
+    patched = wf.add("FaceXApplyFRC", GENERATE, model=model, facex_model=facex["facex_model"], representation=rep["representation"],
                      reference=regions_node["reference"])
     pos, neg = _prompts(wf, clip)
     if controlnet:
-        edges = wf.add("Canny", 3, image=(target if canvas == "target" else source).crops, low_threshold=0.3,
+        edges = wf.add("Canny", GENERATE, image=(target if canvas == "target" else source).crops, low_threshold=0.3,
                        high_threshold=0.7)
-        net = wf.add("ControlNetLoader", 0, control_net_name=CONTROLNET_FILE)
-        applied = wf.add("ControlNetApplyAdvanced", 3, positive=pos, negative=neg, control_net=net["CONTROL_NET"],
+        net = wf.add("ControlNetLoader", INPUTS, control_net_name=CONTROLNET_FILE)
+        applied = wf.add("ControlNetApplyAdvanced", GENERATE, positive=pos, negative=neg, control_net=net["CONTROL_NET"],
                          image=edges["IMAGE"], strength=0.6, start_percent=0.0, end_percent=0.8, vae=vae)
         pos, neg = applied["positive"], applied["negative"]
     crops = _inpaint(wf, patched["MODEL"], vae, pos, neg, regions_node["reference"], regions_node["mask"], denoise=denoise)
-    _paste_and_save(wf, source if canvas == "source" else target, crops, regions_node["mask"], f"facex_{name}",
-                    animated=animated)
+    _paste_and_save(wf, source if canvas == "source" else target, crops, regions_node["mask"], name, animated=animated)
     return wf
 
 
@@ -630,19 +628,19 @@ def facex_inpainting() -> Workflow:
             "itself: identity, pose, expression and the other regions all come from the same photo. "
             "Edit `regions` in the region assembler (skin, eyebrows, eyes, nose, lips, ears, hair, neck, "
             "cloth, background; groups: face, head).")
-    wf.note(0, "Read me", _readme("FaceX inpainting", what, MODEL_NOTE_FACEX, MODEL_NOTE_SD, CLIP_NOTE,
+    wf.note(README, "Read me", _readme("FaceX inpainting", what, MODEL_NOTE_FACEX, MODEL_NOTE_SD, CLIP_NOTE,
                                    MODEL_NOTE_FORD, PHOTO_NOTE), width=520)
-    ckpt = wf.add("CheckpointLoaderSimple", 0, ckpt_name=SD15_CHECKPOINT)
-    facex = wf.add("FaceXModelLoader", 0, facex_name=FACEX_CHECKPOINT)
+    ckpt = wf.add("CheckpointLoaderSimple", INPUTS, ckpt_name=SD15_CHECKPOINT)
+    facex = wf.add("FaceXModelLoader", INPUTS, facex_name=FACEX_CHECKPOINT)
     face = _decompose(wf, _photo(wf, "Photo"), "Face")
-    wf.add("PreviewImage", 1, title="Decomposition", images=face.decompose["preview"])
-    rep = wf.add("FaceXRepresentationAssembler", 2, source=face.rep, target=face.rep, task="inpainting")
-    wf.add("PreviewAny", 2, title="Plan: which face gives each part", source=rep["plan"])
-    regions = wf.add("FaceXRegionAssembler", 2, source_image=face.crops, source_representation=face.rep,
+    wf.add("PreviewImage", FORD, title="Decomposition", images=face.decompose["preview"])
+    rep = wf.add("FaceXRepresentationAssembler", FORS, source=face.rep, target=face.rep, task="inpainting")
+    wf.add("PreviewAny", FORS, title="Plan: which face gives each part", source=rep["plan"])
+    regions = wf.add("FaceXRegionAssembler", FORS, source_image=face.crops, source_representation=face.rep,
                      target_image=face.crops, target_representation=face.rep, task="inpainting",
                      regions="eyes, eyebrows")
-    wf.add("PreviewImage", 2, title="Reference and mask", images=regions["preview"])
-    patched = wf.add("FaceXApplyFRC", 3, model=ckpt["MODEL"], facex_model=facex["facex_model"],
+    wf.add("PreviewImage", FORS, title="Reference and mask", images=regions["preview"])
+    patched = wf.add("FaceXApplyFRC", GENERATE, model=ckpt["MODEL"], facex_model=facex["facex_model"],
                      representation=rep["representation"], reference=regions["reference"])
     pos, neg = _prompts(wf, ckpt["CLIP"])
     crops = _inpaint(wf, patched["MODEL"], ckpt["VAE"], pos, neg, regions["reference"], regions["mask"], denoise=1.0)
@@ -660,29 +658,29 @@ def facex_mixture_editing() -> Workflow:
             "assemblers chain the representation (identity from the source, motion from the target, hair "
             "from the third face); the region assemblers chain the reference image, and the two masks are "
             "joined. One sampling run makes the result. Add more assemblers the same way.")
-    wf.note(0, "Read me", _readme("FaceX progressive mixture editing", what, MODEL_NOTE_FACEX, MODEL_NOTE_SD,
+    wf.note(README, "Read me", _readme("FaceX progressive mixture editing", what, MODEL_NOTE_FACEX, MODEL_NOTE_SD,
                                    CLIP_NOTE, MODEL_NOTE_FORD, PHOTO_NOTE), width=520)
-    ckpt = wf.add("CheckpointLoaderSimple", 0, ckpt_name=SD15_CHECKPOINT)
-    facex = wf.add("FaceXModelLoader", 0, facex_name=FACEX_CHECKPOINT)
+    ckpt = wf.add("CheckpointLoaderSimple", INPUTS, ckpt_name=SD15_CHECKPOINT)
+    facex = wf.add("FaceXModelLoader", INPUTS, facex_name=FACEX_CHECKPOINT)
     source = _decompose(wf, _photo(wf, "Source photo (whose face)"), "Source face")
     target = _decompose(wf, _photo(wf, "Target photo (the picture to edit)"), "Target face")
     donor = _decompose(wf, _photo(wf, "Hair donor photo"), "Hair donor face")
-    swap = wf.add("FaceXRepresentationAssembler", 2, title="1. Face swap", source=source.rep, target=target.rep,
+    swap = wf.add("FaceXRepresentationAssembler", FORS, title="1. Face swap", source=source.rep, target=target.rep,
                   task="face_swap")
-    hair = wf.add("FaceXRepresentationAssembler", 2, title="2. Hairstyle from the donor", source=swap["representation"],
+    hair = wf.add("FaceXRepresentationAssembler", FORS, title="2. Hairstyle from the donor", source=swap["representation"],
                   target=donor.rep, task="attribute_editing", region_overrides="hair=target")
-    wf.add("PreviewAny", 2, title="Plan: which face gives each part", source=hair["plan"])
-    swap_regions = wf.add("FaceXRegionAssembler", 2, title="1. Face swap reference", source_image=source.crops,
+    wf.add("PreviewAny", FORS, title="Plan: which face gives each part", source=hair["plan"])
+    swap_regions = wf.add("FaceXRegionAssembler", FORS, title="1. Face swap reference", source_image=source.crops,
                           source_representation=source.rep, target_image=target.crops,
                           target_representation=target.rep, task="face_swap")
     # The face-swap reference lies in the target's crop frame: the target's region masks describe it.
-    hair_regions = wf.add("FaceXRegionAssembler", 2, title="2. Hairstyle reference", source_image=swap_regions["reference"],
+    hair_regions = wf.add("FaceXRegionAssembler", FORS, title="2. Hairstyle reference", source_image=swap_regions["reference"],
                           source_representation=target.rep, target_image=donor.crops, target_representation=donor.rep,
                           task="attribute_editing", regions="hair")
-    mask = wf.add("MaskComposite", 2, title="Both masks", destination=swap_regions["mask"], source=hair_regions["mask"],
+    mask = wf.add("MaskComposite", FORS, title="Both masks", destination=swap_regions["mask"], source=hair_regions["mask"],
                   x=0, y=0, operation="add")
-    wf.add("PreviewImage", 2, title="Reference and mask", images=hair_regions["preview"])
-    patched = wf.add("FaceXApplyFRC", 3, model=ckpt["MODEL"], facex_model=facex["facex_model"],
+    wf.add("PreviewImage", FORS, title="Reference and mask", images=hair_regions["preview"])
+    patched = wf.add("FaceXApplyFRC", GENERATE, model=ckpt["MODEL"], facex_model=facex["facex_model"],
                      representation=hair["representation"], reference=hair_regions["reference"])
     pos, neg = _prompts(wf, ckpt["CLIP"])
     crops = _inpaint(wf, patched["MODEL"], ckpt["VAE"], pos, neg, hair_regions["reference"], mask["MASK"], denoise=1.0)
@@ -702,23 +700,23 @@ def facex_controlnet_lora() -> Workflow:
 
 
 def _training_free(name: str, title: str, what: str, task: str, denoise: float) -> Workflow:
-    wf = Workflow(name, title, ["Read me, models, photos", "FORD: decompose the faces", "FORS: region assembler",
+    wf = Workflow(name, title, ["Read me", "Models and photos", "FORD: decompose the faces", "FORS: region assembler",
                                 "Generate (ordinary SD inpainting)", "Paste back and save"])
     no_weights = """
 **No FaceX weights needed** — this workflow uses only the FaceX region assembler and ordinary
 Stable Diffusion inpainting: it works today with any SD1.5 checkpoint. `denoise` trades
 faithfulness to the pasted face (low) against a smoother blend (high).
 """
-    wf.note(0, "Read me", _readme(title, what, no_weights, MODEL_NOTE_SD, MODEL_NOTE_FORD, PHOTO_NOTE), width=520)
-    ckpt = wf.add("CheckpointLoaderSimple", 0, ckpt_name=SD15_CHECKPOINT)
+    wf.note(README, "Read me", _readme(title, what, no_weights, MODEL_NOTE_SD, MODEL_NOTE_FORD, PHOTO_NOTE), width=520)
+    ckpt = wf.add("CheckpointLoaderSimple", INPUTS, ckpt_name=SD15_CHECKPOINT)
     source = _decompose(wf, _photo(wf, "Source photo"), "Source face")
     target = _decompose(wf, _photo(wf, "Target photo (the picture to edit)"), "Target face")
-    regions = wf.add("FaceXRegionAssembler", 2, source_image=source.crops, source_representation=source.rep,
+    regions = wf.add("FaceXRegionAssembler", FORS, source_image=source.crops, source_representation=source.rep,
                      target_image=target.crops, target_representation=target.rep, task=task)
-    wf.add("PreviewImage", 2, title="Reference and mask", images=regions["preview"])
+    wf.add("PreviewImage", FORS, title="Reference and mask", images=regions["preview"])
     pos, neg = _prompts(wf, ckpt["CLIP"])
     crops = _inpaint(wf, ckpt["MODEL"], ckpt["VAE"], pos, neg, regions["reference"], regions["mask"], denoise=denoise)
-    _paste_and_save(wf, target, crops, regions["mask"], f"facex_{name}")
+    _paste_and_save(wf, target, crops, regions["mask"], name)
     return wf
 
 
@@ -743,20 +741,20 @@ def facex_training_free_head_swap() -> Workflow:
 @workflow
 def facex_decompose_demo() -> Workflow:
     wf = Workflow("facex_decompose_demo", "FaceX decomposition demo (no model files)",
-                  ["Read me, photo", "FORD: decompose", "Look at the parts", "Save the face"])
+                  ["Read me", "Photo", "FORD: decompose", "The aligned crop", "Region masks", "Save the face"])
     what = ("What FaceX reads from a face, on the embedded extractors only (nothing to download): the "
             "aligned crop, the region masks (skin, brows, eyes, nose, lips, ears, hair, neck, cloth, "
             "background), landmarks, pose, gaze and an identity embedding. The face is saved to "
             "models/facex/faces/ for FaceX Load Face in other workflows.")
-    wf.note(0, "Read me", _readme("FaceX decomposition demo", what, MODEL_NOTE_FORD, PHOTO_NOTE), width=480)
+    wf.note(README, "Read me", _readme("FaceX decomposition demo", what, MODEL_NOTE_FORD, PHOTO_NOTE), width=480)
     face = _decompose(wf, _photo(wf, "Photo"), "Decompose")
-    wf.add("PreviewImage", 2, title="Overview", images=face.decompose["preview"])
-    wf.add("PreviewImage", 2, title="Aligned crop", images=face.crops)
-    masks = wf.add("FaceXRegionMasks", 2, representation=face.rep, region="head")
-    wf.add("PreviewImage", 2, title="Region colours", images=masks["preview"])
-    head = wf.add("MaskToImage", 2, title="Head mask as an image", mask=masks["mask"])
-    wf.add("PreviewImage", 2, title="Head mask (face, ears, hair)", images=head["IMAGE"])
-    wf.add("FaceXSaveRepresentation", 3, representation=face.rep, name="astronaut")
+    wf.add("PreviewImage", 3, title="Overview: landmarks, pose axes, regions", images=face.decompose["preview"])
+    wf.add("PreviewImage", 3, title="Aligned crop", images=face.crops)
+    masks = wf.add("FaceXRegionMasks", 4, representation=face.rep, region="head")
+    wf.add("PreviewImage", 4, title="Region colours", images=masks["preview"])
+    head = wf.add("MaskToImage", 4, title="Head mask as an image", mask=masks["mask"])
+    wf.add("PreviewImage", 4, title="Head mask (face, ears, hair)", images=head["IMAGE"])
+    wf.add("FaceXSaveRepresentation", 5, representation=face.rep, name="astronaut")
     return wf
 
 
