@@ -263,6 +263,32 @@ def test_region_features_from_a_random_clip_vision_model(comfy_server, setup):
     assert rep.region_features.abs().sum(-1).gt(0).sum() >= 5  # most regions present in the crop
 
 
+def test_face_swap_with_clip_region_features_runs_and_the_regions_steer_frc(comfy_server, setup):
+    """The shipped FaceX workflows leave CLIP vision optional (their notes say how to connect it).
+    Connected to every FaceX Decompose, with a random-weight file of the real ViT-L/14 layout, the
+    face swap runs end to end, FaceX Apply FRC accepts the CLIP region features (an embedded-backend
+    checkpoint, clip_region_pool), and the region tokens change the result against the same seed
+    without them."""
+    name, _ = random_clip_vision(comfy_server.models_dir, comfy_server.comfyui, comfy_server.python)
+    plain = prompt_for(setup, "facex_face_swap")
+    with_clip = json.loads(json.dumps(plain))
+    loader = str(max(int(k) for k in with_clip) + 1)
+    with_clip[loader] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": name}}
+    for node_id in nodes_of(with_clip, "FaceXDecompose"):
+        with_clip[node_id]["inputs"]["clip_vision"] = [loader, 0]
+    inspect = add_frc_inspection(with_clip)
+    results = []
+    for prompt in (plain, with_clip):
+        outputs = comfy_server.run(prompt, timeout=600)
+        (saver,) = nodes_of(prompt, "SaveImage")
+        (frame,) = [f for ref in outputs[saver]["images"] for f in fetch_frames(comfy_server, ref)]
+        assert frame.shape == (*SIZE["grace"], 3)
+        results.append(frame)
+    (report,) = json.loads(outputs[inspect]["text"][0])["frc_patches"]
+    assert report["not_fired"] == [] and report["fired"] == report["blocks"] > 0
+    assert np.abs(results[0].astype(int) - results[1].astype(int)).max() > 2, "CLIP region tokens changed nothing"
+
+
 # ---- bad input at the workflow level ------------------------------------------------------------
 
 
