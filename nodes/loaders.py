@@ -152,64 +152,52 @@ class FaceXIdentityModelLoader(io.ComfyNode):
         return io.NodeOutput(insightface_onnx.make_identity(path=path, providers=[provider]))
 
 
-class FaceXParserLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="FaceXParserLoader",
-            display_name="FaceX Face Parser Loader (BiSeNet)",
-            category=CATEGORY,
-            description=(
-                "BiSeNet face parser (19 CelebAMask-HQ classes -> FaceX regions) from models/facex/extractors/: 79999_iter.pth "
-                "(face-parsing.PyTorch) or parsing_bisenet.pth (facexlib). Code MIT; CelebAMask-HQ data non-commercial."
-            ),
-            inputs=[_file_input("BiSeNet weights: 79999_iter.pth or parsing_bisenet.pth", TORCH_EXTENSIONS, bisenet.FILES)],
-            outputs=[FaceXParser.Output(display_name="parser", tooltip="face parser for the FORD nodes (region masks)")],
-        )
+def _torch_loader(node_id: str, display_name: str, description: str, file_tooltip: str, module, make,
+                  socket, output_name: str, output_tooltip: str) -> type[io.ComfyNode]:
+    """A loader node for one torch-weights FORD backend: a file from models/facex/extractors/ ->
+    its extractor on ComfyUI's torch device. The three torch backends differ only in this data."""
 
-    @classmethod
-    def execute(cls, model_file) -> io.NodeOutput:
-        path = paths.resolve("facex_extractors", model_file)
-        return io.NodeOutput(bisenet.make_parser(path=path, device=comfy.model_management.get_torch_device()))
+    class TorchExtractorLoader(io.ComfyNode):
+        @classmethod
+        def define_schema(cls) -> io.Schema:
+            return io.Schema(
+                node_id=node_id,
+                display_name=display_name,
+                category=CATEGORY,
+                description=description,
+                inputs=[_file_input(file_tooltip, TORCH_EXTENSIONS, module.FILES)],
+                outputs=[socket.Output(display_name=output_name, tooltip=output_tooltip)],
+            )
 
+        @classmethod
+        def execute(cls, model_file) -> io.NodeOutput:
+            path = paths.resolve("facex_extractors", model_file)
+            return io.NodeOutput(make(path=path, device=comfy.model_management.get_torch_device()))
 
-class FaceXMotionModelLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="FaceXMotionModelLoader",
-            display_name="FaceX Motion Model Loader (Deep3DFaceRecon)",
-            category=CATEGORY,
-            description=(
-                "Deep3DFaceRecon 3DMM regressor (epoch_20.pth) from models/facex/extractors/: pose, expression, texture and "
-                "lighting coefficients. Code MIT; the weights were trained with the Basel Face Model, which needs its own licence."
-            ),
-            inputs=[_file_input("Deep3DFaceRecon_pytorch checkpoint: epoch_20.pth", TORCH_EXTENSIONS, deep3d.FILES)],
-            outputs=[FaceXMotionModel.Output(display_name="motion_model", tooltip="motion/texture/lighting extractor for the FORD nodes")],
-        )
-
-    @classmethod
-    def execute(cls, model_file) -> io.NodeOutput:
-        path = paths.resolve("facex_extractors", model_file)
-        return io.NodeOutput(deep3d.make_motion(path=path, device=comfy.model_management.get_torch_device()))
+    TorchExtractorLoader.__name__ = TorchExtractorLoader.__qualname__ = node_id
+    return TorchExtractorLoader
 
 
-class FaceXGazeModelLoader(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="FaceXGazeModelLoader",
-            display_name="FaceX Gaze Model Loader (L2CS-Net)",
-            category=CATEGORY,
-            description="L2CS-Net gaze estimator (L2CSNet_gaze360.pkl) from models/facex/extractors/: gaze pitch and yaw. MIT.",
-            inputs=[_file_input("L2CS-Net weights: L2CSNet_gaze360.pkl", TORCH_EXTENSIONS, l2cs.FILES)],
-            outputs=[FaceXGazeModel.Output(display_name="gaze_model", tooltip="gaze extractor for the FORD nodes")],
-        )
-
-    @classmethod
-    def execute(cls, model_file) -> io.NodeOutput:
-        path = paths.resolve("facex_extractors", model_file)
-        return io.NodeOutput(l2cs.make_gaze(path=path, device=comfy.model_management.get_torch_device()))
+FaceXParserLoader = _torch_loader(
+    "FaceXParserLoader", "FaceX Face Parser Loader (BiSeNet)",
+    "BiSeNet face parser (19 CelebAMask-HQ classes -> FaceX regions) from models/facex/extractors/: 79999_iter.pth "
+    "(face-parsing.PyTorch) or parsing_bisenet.pth (facexlib). Code MIT; CelebAMask-HQ data non-commercial.",
+    "BiSeNet weights: 79999_iter.pth or parsing_bisenet.pth", bisenet, bisenet.make_parser,
+    FaceXParser, "parser", "face parser for the FORD nodes (region masks)",
+)
+FaceXMotionModelLoader = _torch_loader(
+    "FaceXMotionModelLoader", "FaceX Motion Model Loader (Deep3DFaceRecon)",
+    "Deep3DFaceRecon 3DMM regressor (epoch_20.pth) from models/facex/extractors/: pose, expression, texture and "
+    "lighting coefficients. Code MIT; the weights were trained with the Basel Face Model, which needs its own licence.",
+    "Deep3DFaceRecon_pytorch checkpoint: epoch_20.pth", deep3d, deep3d.make_motion,
+    FaceXMotionModel, "motion_model", "motion/texture/lighting extractor for the FORD nodes",
+)
+FaceXGazeModelLoader = _torch_loader(
+    "FaceXGazeModelLoader", "FaceX Gaze Model Loader (L2CS-Net)",
+    "L2CS-Net gaze estimator (L2CSNet_gaze360.pkl) from models/facex/extractors/: gaze pitch and yaw. MIT.",
+    "L2CS-Net weights: L2CSNet_gaze360.pkl", l2cs, l2cs.make_gaze,
+    FaceXGazeModel, "gaze_model", "gaze extractor for the FORD nodes",
+)
 
 
 NODES = [
