@@ -215,6 +215,16 @@ def output_images(outputs: dict) -> list[dict]:
     return [img for node_out in outputs.values() for img in node_out.get("images", [])]
 
 
+def _die_with_parent() -> None:
+    """In the server's child process: ask Linux to SIGTERM it when the test process dies, so a
+    test run killed from outside (where fixture finalisers never run) leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, 15)
+
+
 # ---------------------------------------------------------------------------------------------
 # The server
 
@@ -267,7 +277,7 @@ class ComfyServer:
         t0 = time.perf_counter()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env)
+                                         stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
         try:
             self._wait_answering(timeout)
         except BaseException:
