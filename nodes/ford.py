@@ -5,11 +5,9 @@ Thin skin over facex_core.align and facex_core.ford: converts ComfyUI IMAGE (BHW
 BCHW crops and back, picks the embedded backend when a model input is unconnected, and prefixes
 core errors with the node and input they concern. No math here.
 
-Memory: ComfyUI 0.3.75 has no hook that tells a custom node when the user frees memory
-(``unload_all_models`` only walks ComfyUI's own LoadedModel list, and there is no callback
-registry), so the FORD caches (MediaPipe graphs, dlib models, onnxruntime sessions; the process grew
-by ~0.4 GB after running every embedded backend once, measured) live for the process.
-``facex_core.ford.release_all()`` drops them.
+Memory: every node here asks ComfyUI to load the models it is about to run (nodes/memory.py), so
+ComfyUI's own memory management moves the torch networks off the GPU and drops the other FORD caches
+(MediaPipe graphs, dlib models, onnxruntime sessions) when it frees memory.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ from ..facex_core.ford.decompose import (
 from ..facex_core.ford.preview import annotate, decomposition_preview, region_colour_map
 from ..facex_core.regions import FACE_REGIONS, HEAD_REGIONS, REGIONS, region_indices
 from ..facex_core.representation import FaceRepresentation
+from . import memory
 from .types import FaceXGazeModel, FaceXIdentityModel, FaceXMotionModel, FaceXParser, FaceXRepresentation
 
 CATEGORY = "FaceX/FORD"
@@ -176,6 +175,7 @@ def extractor_for(node: str, family: str, model):
 
 
 def _run(node: str, extractor, crops: torch.Tensor, rep: FaceRepresentation, input_name: str = "") -> FaceRepresentation:
+    memory.load(extractor)
     try:
         return run_extractor(extractor, crops, rep, list(range(rep.batch_size)), rep.batch_size)
     except Exception as e:
@@ -219,6 +219,7 @@ class FaceXDetectAlign(io.ComfyNode):
                 dense_landmarks=True) -> io.NodeOutput:
         node = "FaceX Detect & Align"
         det = _detector(node, backend, face_analysis)
+        memory.load(det)
         try:
             result = decompose_faces(image, det, extractors=[], crop_size=_crop_size(node, crop_size), face_choice=face_choice,
                                      index=index, min_face=min_face_size, landmarks=bool(dense_landmarks))
@@ -266,7 +267,8 @@ class FaceXDecompose(io.ComfyNode):
         given = {"identity": identity_model, "parse": parser, "motion": motion_model, "gaze": gaze_model}
         extractors = [extractor_for(node, family, given[family]) for family in EMBEDDED_EXTRACTORS]
         if clip_vision is not None:
-            extractors.append(_clip_extractor(clip_vision))
+            extractors.append(_clip_extractor(clip_vision))  # ComfyUI's CLIP vision loads itself
+        memory.load(det, *extractors)
         try:
             result = decompose_faces(image, det, extractors=extractors, crop_size=_crop_size(node, crop_size),
                                      face_choice=face_choice, index=index, min_face=min_face_size)

@@ -4,7 +4,8 @@ Each output is an object with the Extractor protocol of facex_core/ford/base.py 
 ``__call__(crops, rep) -> fields``), so the FORD nodes just call it; FACE_ANALYSIS is the core socket
 type other packs use (an insightface FaceAnalysis or FaceX's onnxruntime twin of it).
 Files come from models/insightface/models/<pack>/ and models/facex/extractors/ (nodes/paths.py).
-Torch models go to ComfyUI's torch device here; onnxruntime models use the provider picked.
+Torch models are built on ComfyUI's offload device; the FORD nodes have ComfyUI load them onto its
+torch device before each run (nodes/memory.py). onnxruntime models use the provider picked.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class FaceXIdentityModelLoader(io.ComfyNode):
 def _torch_loader(node_id: str, display_name: str, description: str, file_tooltip: str, module, make,
                   socket, output_name: str, output_tooltip: str) -> type[io.ComfyNode]:
     """A loader node for one torch-weights FORD backend: a file from models/facex/extractors/ ->
-    its extractor on ComfyUI's torch device. The three torch backends differ only in this data."""
+    its extractor, on the offload device until a FORD node runs it. The three torch backends differ
+    only in this data."""
 
     class TorchExtractorLoader(io.ComfyNode):
         @classmethod
@@ -172,7 +174,7 @@ def _torch_loader(node_id: str, display_name: str, description: str, file_toolti
         @classmethod
         def execute(cls, model_file) -> io.NodeOutput:
             path = paths.resolve("facex_extractors", model_file)
-            return io.NodeOutput(make(path=path, device=comfy.model_management.get_torch_device()))
+            return io.NodeOutput(make(path=path, device=comfy.model_management.unet_offload_device()))
 
     TorchExtractorLoader.__name__ = TorchExtractorLoader.__qualname__ = node_id
     return TorchExtractorLoader

@@ -8,6 +8,7 @@ backends, so a missing one surfaces as BackendUnavailable when that backend is u
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 
@@ -43,14 +44,28 @@ for _name in BACKEND_MODULES:
             raise
 
 
-def release_all() -> int:
-    """Drop every cached model / session of every backend module; returns how many were freed."""
+def release_all(collect: bool = True) -> int:
+    """Drop every cached model / session of every backend module; returns how many were dropped.
+
+    ``collect`` then runs the garbage collector and empties torch's CUDA cache. Pass False where the
+    caller collects anyway and must not have objects finalised under it (inside ComfyUI's unloading
+    loop, a collected model removes itself from the list being walked).
+    """
     freed = 0
     for name in ("onnx_session",) + BACKEND_MODULES:
         module = importlib.import_module(f".{name}", __name__) if name not in UNAVAILABLE else None
         fn = getattr(module, "release_all", None)
         if callable(fn):
             freed += int(fn() or 0)
+    if collect:
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # torch missing or CUDA in a bad state: nothing more to free here
+            pass
     return freed
 
 

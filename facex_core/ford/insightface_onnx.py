@@ -128,7 +128,7 @@ class ScrfdOnnx:
     def __init__(self, model_file, providers=None, det_size=(640, 640), det_thresh: float = 0.5, nms_thresh: float = 0.4):
         path = Path(model_file)
         self.model_file = str(path)
-        self.session = open_session(path, providers, what="an SCRFD face detector")
+        self.providers = providers
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         what = "it is not an SCRFD face detector (antelopev2 scrfd_10g_bnkps.onnx / buffalo_l det_10g.onnx)"
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or not _dim_may_be(inputs[0].shape[1], 3):
@@ -154,6 +154,11 @@ class ScrfdOnnx:
         self.nms_thresh = nms_thresh
         self.input_mean, self.input_std = 127.5, 128.0
         self._centres: dict[tuple[int, int, int], np.ndarray] = {}
+
+    @property
+    def session(self):
+        """Looked up in the session cache on each use (not held), so ``release_all()`` really frees it."""
+        return open_session(self.model_file, self.providers, what="an SCRFD face detector")
 
     # insightface-compatible API ----------------------------------------------------------
     def prepare(self, ctx_id=0, input_size=None, det_thresh=None, nms_thresh=None, **_):
@@ -346,10 +351,11 @@ class ArcFaceOnnx:
     def __init__(self, model_file, providers=None, identity_map: bool = True):
         path = Path(model_file)
         self.model_file = str(path)
+        self.providers = providers
         what = "it is not an ArcFace recognition model (antelopev2 glintr100.onnx / buffalo_l w600k_r50.onnx)"
         model = load_model_proto(path)  # None without the ONNX protobuf classes
         self.input_mean, self.input_std = _arcface_normalisation(model)
-        map_name, model_bytes, self.map_unavailable = None, None, None
+        map_name, self.map_unavailable = None, None
         if not identity_map:
             self.map_unavailable = "identity_map not requested"
         elif model is None:
@@ -358,10 +364,9 @@ class ArcFaceOnnx:
             map_name = find_pre_embedding_tensor(model)
             if map_name is None:
                 self.map_unavailable = "no Flatten/Reshape before the embedding was found in the graph"
-            else:
-                model_bytes = _with_extra_output(model, map_name)
-        self.session = open_session(path, providers, model_bytes=model_bytes, variant=f"+{map_name}" if map_name else "", what="an ArcFace recognition model")
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.map_output = map_name
+        session = self._open(lambda: _with_extra_output(model, map_name))  # the graph parsed above, used once
+        inputs, outputs = session.get_inputs(), session.get_outputs()
         shape = inputs[0].shape if len(inputs) == 1 else []
         if len(inputs) != 1 or len(shape) != 4 or shape[2:] != [112, 112] or not _dim_may_be(shape[1], 3):
             raise ModelFileError(f"{path.name}: expected one (N, 3, 112, 112) face input; this file has inputs {_describe_io(inputs)}; {what}")
@@ -370,13 +375,23 @@ class ArcFaceOnnx:
         self.input_name = inputs[0].name
         self.output_names = [o.name for o in outputs]
         self.embedding_output = outputs[0].name
-        self.map_output = map_name
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         self.input_size = (112, 112)
         self.input_shape = shape
         self.name = f"insightface_arcface:{path.stem}" + ("" if map_name else ":embedding_only")
         if identity_map and map_name is None:
             log.warning("FaceX: %s gives the 512-d embedding only, no identity_map: %s", path.name, self.map_unavailable)
+
+    @property
+    def session(self):
+        """Looked up in the session cache on each use (not held), so ``release_all()`` really frees it; a
+        re-open parses the file again rather than keep the 250 MB edited graph in memory."""
+        return self._open(lambda: _with_extra_output(load_model_proto(self.model_file), self.map_output))
+
+    def _open(self, edited_graph):
+        edited = self.map_output is not None
+        return open_session(self.model_file, self.providers, model_bytes=edited_graph if edited else None,
+                            variant=f"+{self.map_output}" if edited else "", what="an ArcFace recognition model")
 
     # FaceX API ---------------------------------------------------------------------------
     def embed(self, aligned: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

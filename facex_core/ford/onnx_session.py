@@ -13,13 +13,12 @@ onnxruntime and onnx are imported lazily: a missing package disables the backend
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 from .base import BackendUnavailable
 
@@ -103,14 +102,6 @@ def release_all() -> int:
     with _LOCK:
         n = len(_CACHE)
         _CACHE.clear()
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # torch missing or CUDA in a bad state: nothing more to free here
-        pass
     return n
 
 
@@ -160,8 +151,14 @@ def resolve_providers(providers=None) -> list[str]:
     return out
 
 
-def open_session(path, providers=None, model_bytes: Optional[bytes] = None, variant: str = "", what: str = "ONNX model"):
-    """A cached onnxruntime InferenceSession for ``path`` (or for an edited copy given as ``model_bytes``)."""
+def open_session(path, providers=None, model_bytes: Union[bytes, Callable[[], bytes], None] = None, variant: str = "",
+                 what: str = "ONNX model"):
+    """A cached onnxruntime InferenceSession for ``path`` (or for an edited copy given as ``model_bytes``).
+
+    ``model_bytes`` may be a function making the edited graph: it is called only when the session is
+    not cached, so a caller that re-opens its session after ``release_all()`` need not keep a copy of
+    the graph in memory.
+    """
     path = Path(path)
     provider_list = resolve_providers(providers)
 
@@ -169,8 +166,9 @@ def open_session(path, providers=None, model_bytes: Optional[bytes] = None, vari
         ort = onnxruntime_module()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the CUDA-missing fallback chatter is not the user's problem
+        source = model_bytes() if callable(model_bytes) else model_bytes
         try:
-            return ort.InferenceSession(model_bytes if model_bytes is not None else str(path), options, providers=provider_list)
+            return ort.InferenceSession(source if source is not None else str(path), options, providers=provider_list)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFileError(

@@ -3,9 +3,11 @@ tests that need ComfyUI's own classes (UNetModel) but not a server."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,20 @@ def import_comfy():
     import comfy
 
     return comfy
+
+
+PACK_MODULE = "facex_pack_inprocess"
+
+
+def import_pack_module(name: str):
+    """A module of this checkout imported as the package ComfyUI would load (relative imports
+    resolve), without running the pack's __init__; e.g. import_pack_module("nodes.memory")."""
+    import_comfy()
+    if PACK_MODULE not in sys.modules:
+        package = types.ModuleType(PACK_MODULE)
+        package.__path__ = [str(ROOT)]
+        sys.modules[PACK_MODULE] = package
+    return importlib.import_module(f"{PACK_MODULE}.{name}")
 
 
 # Lists are in ComfyUI's config order (as model_detection writes them: transformer_depth_output

@@ -5,8 +5,10 @@ conventions the code owns (decode, landmark order, sign tables); nothing here is
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -434,6 +436,28 @@ def test_cache_loads_once_per_file_and_variant_and_releases(tmp_path):
     replaced.write_bytes(rw.random_file("w600k_r50.onnx").read_bytes())  # the user swaps the file
     assert onnx_session.open_session(replaced) is not first, "a replaced file is reloaded"
 
+
+
+def test_onnx_models_hold_no_session_so_release_frees_it_and_they_reopen():
+    """ComfyUI's free memory calls release_all() while loader outputs (these objects) stay cached:
+    they must not keep the session alive, and must work again afterwards with the same results."""
+    arc = insightface_onnx.ArcFaceOnnx(rw.random_file("glintr100.onnx"))
+    det = insightface_onnx.ScrfdOnnx(rw.random_file("scrfd_10g_bnkps.onnx"))
+    aligned = crops_for(2, 112, seed=5)
+    img = white_cells(640, 640, [(160, 96)])
+    emb, fmap = arc.embed(aligned)
+    dets, _ = det.detect_rgb(img)
+    sessions = [arc.session, det.session]
+    refs = [weakref.ref(s) for s in sessions]
+    del sessions
+    assert onnx_session.release_all() >= 2 and onnx_session.cache_entries() == []
+    gc.collect()
+    assert [r() for r in refs] == [None, None], "an ONNX model still holds its session after release_all()"
+    emb2, fmap2 = arc.embed(aligned)  # reopened: the edited graph is made again from the file
+    assert arc.map_output in [o.name for o in arc.session.get_outputs()]
+    torch.testing.assert_close(emb2, emb)
+    torch.testing.assert_close(fmap2, fmap)
+    np.testing.assert_allclose(det.detect_rgb(img)[0], dets)
 
 # =============================================================================================
 # Deep3DFaceRecon
