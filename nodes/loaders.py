@@ -5,7 +5,8 @@ Each output is an object with the Extractor protocol of facex_core/ford/base.py 
 type other packs use (an insightface FaceAnalysis or FaceX's onnxruntime twin of it).
 Files come from models/insightface/models/<pack>/ and models/facex/extractors/ (nodes/paths.py).
 Torch models are built on ComfyUI's offload device; the FORD nodes have ComfyUI load them onto its
-torch device before each run (nodes/memory.py). onnxruntime models use the provider picked.
+torch device before each run (nodes/memory.py). onnxruntime models use the provider picked (auto:
+the one for ComfyUI's device).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..facex_core.ford import bisenet, deep3d, insightface_onnx, l2cs
-from ..facex_core.ford.onnx_session import PROVIDERS
+from ..facex_core.ford.onnx_session import PROVIDERS, providers_for_device
 from . import paths
 from .types import FaceXGazeModel, FaceXIdentityModel, FaceXMotionModel, FaceXParser
 
 CATEGORY = "FaceX/loaders"
-PROVIDER_CHOICES = list(PROVIDERS)  # "CPU" first: works everywhere; unavailable providers fall back to CPU
+AUTO_PROVIDER = "auto"
+PROVIDER_CHOICES = [AUTO_PROVIDER] + list(PROVIDERS)  # unavailable providers fall back to CPU (logged)
 FROM_FACE_ANALYSIS = "(ArcFace of the face_analysis input)"
 TORCH_EXTENSIONS = (".pth", ".pt", ".pkl", ".safetensors")
 
@@ -31,9 +33,16 @@ def _provider_input() -> io.Combo.Input:
     return io.Combo.Input(
         "provider",
         options=PROVIDER_CHOICES,
-        default="CPU",
-        tooltip="onnxruntime execution provider; one that is not available on this machine falls back to CPU (logged)",
+        default=AUTO_PROVIDER,
+        tooltip="onnxruntime execution provider. auto: the one for the device ComfyUI runs on (CUDA, ROCm, CoreML, "
+        "DirectML, OpenVINO) when this onnxruntime has it, else CPU. A provider not available here falls back to CPU (logged)",
     )
+
+
+def _providers(choice: str) -> list[str]:
+    if choice == AUTO_PROVIDER:
+        return providers_for_device(comfy.model_management.get_torch_device())
+    return [choice]
 
 
 def insightface_pack_roots() -> list[str]:
@@ -111,7 +120,7 @@ class FaceXInsightFaceLoader(io.ComfyNode):
                 f"insightface model pack {pack!r} not found; FaceX looked in: {', '.join(insightface_pack_roots())}. Put the pack "
                 f"folder (antelopev2 or buffalo_l, a folder of .onnx files) there."
             )
-        return io.NodeOutput(insightface_onnx.load_face_analysis(packs[pack], providers=[provider]))
+        return io.NodeOutput(insightface_onnx.load_face_analysis(packs[pack], providers=_providers(provider)))
 
 
 class FaceXIdentityModelLoader(io.ComfyNode):
@@ -150,7 +159,7 @@ class FaceXIdentityModelLoader(io.ComfyNode):
                 )
             return io.NodeOutput(insightface_onnx.identity_from_face_analysis(face_analysis))
         path = paths.resolve("facex_extractors", model_file)
-        return io.NodeOutput(insightface_onnx.make_identity(path=path, providers=[provider]))
+        return io.NodeOutput(insightface_onnx.make_identity(path=path, providers=_providers(provider)))
 
 
 def _torch_loader(node_id: str, display_name: str, description: str, file_tooltip: str, module, make,

@@ -119,6 +119,29 @@ PROVIDERS: dict[str, str] = {
 }
 
 
+# torch device type -> the providers that run on that hardware, best first ("cuda" is also ROCm's
+# torch device type). What "auto" picks for the device the host application (ComfyUI) computes on.
+PROVIDERS_FOR_TORCH_DEVICE: dict[str, tuple[str, ...]] = {
+    "cuda": ("CUDA", "ROCM"),
+    "mps": ("CoreML",),
+    "privateuseone": ("DirectML",),  # torch-directml
+    "xpu": ("OpenVINO",),
+    "cpu": (),
+}
+
+
+def providers_for_device(device) -> list[str]:
+    """Full provider names for a torch device: the available ones that run on it, then CPU."""
+    ort = onnxruntime_module()
+    available = set(ort.get_available_providers())
+    wanted = PROVIDERS_FOR_TORCH_DEVICE.get(torch_device_type(device), ())
+    return [PROVIDERS[p] for p in wanted if PROVIDERS[p] in available] + ["CPUExecutionProvider"]
+
+
+def torch_device_type(device) -> str:
+    return device.type if hasattr(device, "type") else str(device).split(":")[0]
+
+
 def onnxruntime_module():
     try:
         import onnxruntime

@@ -27,8 +27,9 @@ def test_server_loads_every_pack_without_import_failures(comfy_server):
     assert badly_named == [], f"node ids must start with FaceX (a public API): {badly_named}"
     # The test-only pack loads beside it and is clearly marked as a fixture.
     fixture_nodes = comfy_server.pack_nodes("facex_test_nodes")
-    assert list(fixture_nodes) == ["FaceXTestAttn2Replace"]
-    assert "TEST FIXTURE" in fixture_nodes["FaceXTestAttn2Replace"]["display_name"]
+    assert sorted(fixture_nodes) == ["FaceXTestAttn2Replace", "FaceXTestLoadedModels"]
+    assert all("TEST FIXTURE" in node["display_name"] for node in fixture_nodes.values())
+    assert not set(fixture_nodes) & set(ours), "a test fixture node leaked into the FaceX pack"
 
 
 # The unpatched images (one seed, run once per module) that the other tests compare against. The

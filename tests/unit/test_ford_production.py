@@ -438,6 +438,16 @@ def test_cache_loads_once_per_file_and_variant_and_releases(tmp_path):
 
 
 
+def test_auto_provider_follows_the_torch_device():
+    available = set(onnx_session.onnxruntime_module().get_available_providers())
+    assert onnx_session.providers_for_device(torch.device("cpu")) == ["CPUExecutionProvider"]
+    cuda = onnx_session.providers_for_device("cuda:0")
+    assert cuda[-1] == "CPUExecutionProvider" and set(cuda) <= available | {"CPUExecutionProvider"}
+    assert ("CUDAExecutionProvider" in cuda) == ("CUDAExecutionProvider" in available)
+    assert onnx_session.providers_for_device("mps")[-1] == "CPUExecutionProvider"
+    for device_type, wanted in onnx_session.PROVIDERS_FOR_TORCH_DEVICE.items():
+        assert all(p in onnx_session.PROVIDERS for p in wanted), f"{device_type}: unknown provider name in {wanted}"
+
 def test_onnx_models_hold_no_session_so_release_frees_it_and_they_reopen():
     """ComfyUI's free memory calls release_all() while loader outputs (these objects) stay cached:
     they must not keep the session alive, and must work again afterwards with the same results."""
