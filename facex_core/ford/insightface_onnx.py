@@ -400,8 +400,9 @@ class ArcFaceOnnx:
         names = [self.embedding_output] + ([self.map_output] if self.map_output else [])
         chunks = [x[i : i + 1] for i in range(x.shape[0])] if self.fixed_batch == 1 else [x]
         embs, maps = [], []
+        session = self.session
         for chunk in chunks:
-            outs = self.session.run(names, {self.input_name: chunk})
+            outs = session.run(names, {self.input_name: chunk})
             embs.append(outs[0])
             if self.map_output:
                 maps.append(outs[1])
@@ -435,7 +436,8 @@ class ArcFaceOnnx:
         x = torch.stack([torch.from_numpy(np.ascontiguousarray(np.asarray(im)[..., ::-1])).permute(2, 0, 1).float() / 255.0 for im in imgs])
         raw = ((x * 255.0 - self.input_mean) / self.input_std).numpy().astype(np.float32)
         chunks = [raw[i : i + 1] for i in range(raw.shape[0])] if self.fixed_batch == 1 else [raw]
-        return np.concatenate([self.session.run([self.embedding_output], {self.input_name: c})[0] for c in chunks])
+        session = self.session
+        return np.concatenate([session.run([self.embedding_output], {self.input_name: c})[0] for c in chunks])
 
     def get(self, img, face):
         aligned = align_arcface_bgr(img, face.kps)
